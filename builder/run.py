@@ -63,23 +63,29 @@ def run(
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
     input: bytes | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     cwd: Arg | None = None,
     check: bool = True,
     capture: bool = True,
     stdout_path: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run `cmd`; on failure raise a BuildError with the stderr tail.
 
-    `env` is added to a copy of the current environment. With `capture=False` the
+    `env` is added to a copy of the current environment (None removes a variable). With `capture=False` the
     command's output goes to our stderr (for long steps whose progress the user sees).
+    `pass_fds` keeps those descriptors open in the child (secrets handed over on pipes
+    as /dev/fd/N, never in files).
     """
     argv = [os.fspath(a) for a in cmd]
     if debug_enabled():
         print("+ " + shlex.join(argv), file=sys.stderr)
     full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     out_handle = None
     try:
         if stdout_path is not None:
@@ -97,6 +103,7 @@ def run(
             cwd=cwd,
             timeout=timeout,
             check=False,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as exc:
         raise BuildError(
