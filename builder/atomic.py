@@ -24,7 +24,9 @@ _AT_FDCWD = -100
 def make_staging_dir(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700; the published output is world-readable
+    return staging
 
 
 def remove_stale_staging(target: Path) -> None:
