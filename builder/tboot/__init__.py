@@ -1,0 +1,1 @@
+"""The tboot launch chain: VLP bytes, MLE hash, module measurement and the PCR 17-19 model."""
