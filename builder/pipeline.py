@@ -8,6 +8,7 @@ Artifacts are copied from cache entries into the staging directory, which
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -16,15 +17,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import fsimage, tree
+from builder import fsimage, initramfs, paths, predict, tree
 from builder.atomic import make_staging_dir, publish
 from builder.banks import ALL_BANKS, Bank
+from builder.bootfiles import find_boot_files
 from builder.cache import StageCache
-from builder.config import ImageDefinition
+from builder.config import ImageDefinition, Volume
 from builder.digest import file_digests
-from builder.errors import BuildError
+from builder.errors import BuildError, InputError
 from builder.manifest import build_manifest, write_manifest
+from builder.platform import load_platform
 from builder.run import require_tool, run
+from builder.seal import (
+    FsType,
+    LocalTpm,
+    OfflineTargets,
+    PolicySpec,
+    Sealer,
+    VolumeSpec,
+    make_volume,
+)
+from builder.swtpm import Swtpm
+from builder.tboot.grub import mode_entries, render_grub_config, render_provision_script
 from builder.ui import Reporter
 
 PIPELINE_VERSION = 1
@@ -41,12 +55,21 @@ class BuildContext:
     facts: dict[str, Any] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     tree_root: Path | None = None
+    seal_target: SealTarget | None = None
 
     def cache_dir_for(self, name: str) -> Path:
         """A persistent directory for tools' own caches (mkosi's package cache)."""
         if self.cache.root is not None:
             return self.cache.root / name
         return self.staging / ".tool-cache" / name
+
+    def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> Path:
+        dest = self.staging / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        dest.chmod(mode)
+        self.artifacts[name] = dest
+        return dest
 
     def add_artifact(self, name: str, source: Path) -> Path:
         dest = self.staging / name
@@ -203,11 +226,295 @@ def make_base_image(ctx: BuildContext) -> None:
         ctx.facts["verity"] = facts["verity"]
 
 
+# --- stage: boot files and initramfs ----------------------------------------------------
+
+
+def collect_boot_files(ctx: BuildContext) -> None:
+    """The kernel and tboot from the tree, as the boot partition will hold them."""
+    assert ctx.tree_root is not None
+    files = find_boot_files(ctx.defn, ctx.tree_root)
+    ctx.add_artifact(f"boot/{predict.KERNEL_NAME}", files.kernel)
+    ctx.add_artifact(f"boot/{predict.TBOOT_NAME}", files.tboot)
+    ctx.facts["kernel_version"] = files.kernel_version
+
+
+def make_initramfs(ctx: BuildContext) -> None:
+    assert ctx.tree_root is not None
+    inputs = {
+        "stage": "initramfs",
+        "version": initramfs.INITRAMFS_VERSION,
+        "tree": ctx.facts["tree_key"],
+        "kernel_version": ctx.facts["kernel_version"],
+        "init": _digest_of(paths.INITRAMFS),
+        "definition": {
+            "name": ctx.defn.name,
+            "modes": [m.name for m in ctx.defn.modes],
+            "volumes": [v.__dict__ for v in ctx.defn.volumes],
+            "integrity": ctx.defn.integrity,
+            "sealing": ctx.defn.sealing.__dict__,
+            "epoch": ctx.defn.source_date_epoch,
+        },
+    }
+    entry = ctx.cache.lookup("initramfs", inputs)
+    if entry is None:
+        scratch = ctx.cache.new_entry("initramfs")
+        with ctx.reporter.stage("initramfs", "packing the initramfs"):
+            data = initramfs.build_initramfs(ctx.defn, ctx.tree_root, ctx.facts["kernel_version"])
+            (scratch / predict.INITRD_NAME).write_bytes(data)
+        entry = ctx.cache.commit("initramfs", inputs, scratch)
+        ctx.cached["initramfs"] = False
+    else:
+        ctx.reporter.info("initramfs", "reusing cached initramfs")
+        ctx.cached["initramfs"] = True
+    ctx.add_artifact(f"boot/{predict.INITRD_NAME}", entry / predict.INITRD_NAME)
+
+
+def _digest_of(directory: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(directory).as_posix().encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+# --- stage: launch (policy, GRUB) and predict ---------------------------------------------
+
+
+def make_launch(ctx: BuildContext) -> None:
+    """Per-mode command lines, the launch policy, GRUB configs, and predicted PCRs."""
+    with ctx.reporter.stage("predict", "launch policy, GRUB entries and expected PCRs"):
+        defn = ctx.defn
+        platform = load_platform(defn.platform)
+        kernel = ctx.artifacts[f"boot/{predict.KERNEL_NAME}"].read_bytes()
+        initrd = ctx.artifacts[f"boot/{predict.INITRD_NAME}"].read_bytes()
+        tboot = ctx.artifacts[f"boot/{predict.TBOOT_NAME}"].read_bytes()
+        root_hash = ctx.facts.get("verity", {}).get("root_hash", "")
+        base_sha256 = ctx.facts["base_digests"]["digests"]["sha256"]
+        modes = [
+            predict.ModeInput(
+                m.name,
+                predict.kernel_cmdline(
+                    defn.kernel.cmdline, m.cmdline, m.name, defn.integrity, root_hash, base_sha256
+                ),
+                m.keys,
+            )
+            for m in defn.modes
+        ]
+        tboot_cmd = predict.tboot_cmdline(defn.tboot.cmdline, platform)
+        policy = predict.make_policy(kernel, initrd, modes, defn.tboot.policy_type, platform)
+        ctx.add_bytes("launch/vl.pol", policy)
+        ctx.add_bytes(
+            "launch/provision-vlp.sh",
+            render_provision_script(policy, image=defn.name, policy_file="vl.pol").encode(),
+            mode=0o755,
+        )
+        entries = mode_entries(
+            {m.name: m.kernel_cmdline for m in modes},
+            image=defn.name,
+            tboot=predict.TBOOT_NAME,
+            tboot_cmdline=tboot_cmd,
+            kernel=predict.KERNEL_NAME,
+            initrd=predict.INITRD_NAME,
+        )
+        for firmware in ("bios", "uefi"):
+            cfg = render_grub_config(entries, image=defn.name, firmware=firmware, boot_dir="/boot")
+            ctx.add_bytes(f"boot/grub/grub-{firmware}.cfg", cfg.encode())
+        ctx.add_artifact("platform.yaml", defn.platform)
+        sealed = list(defn.sealing.pcrs)
+        modes_json: dict[str, Any] = {}
+        values_by_mode: dict[str, dict[Bank, dict[int, bytes]]] = {}
+        predicted = predict.predict_modes(
+            platform,
+            tboot=tboot,
+            tboot_cmd=tboot_cmd,
+            kernel=kernel,
+            initrd=initrd,
+            modes=modes,
+            policy=policy,
+        )
+        cap = predict.phase_cap_event(defn.sealing.phase_pcr)
+        for mode in modes:
+            values = predict.pcr_values(predicted[mode.name], platform.banks, sealed)
+            values_by_mode[mode.name] = values
+            modes_json[mode.name] = predict.mode_json(
+                mode, tboot_cmd, predicted[mode.name], values, cap
+            )
+        ctx.facts["modes"] = modes_json
+        ctx.facts["values_by_mode"] = values_by_mode
+        ctx.facts["launch"] = {
+            "policy": "launch/vl.pol",
+            "policy_type": defn.tboot.policy_type,
+            "nv_index": "0x01c10131",
+            "tboot_cmdline": tboot_cmd,
+        }
+
+
+# --- stage: sealed volumes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealTarget:
+    """Where volume keys are sealed: the rig's own swtpm (created with the image, for the
+    qemu-swtpm platform), a TPM present now (`--tpm`), or target SRKs offline."""
+
+    kind: str  # "rig" | "tpm" | "srk"
+    tcti: str | None = None
+    srk_files: tuple[Path, ...] = ()
+    recovery_dir: Path | None = None
+
+    def cache_inputs(self) -> dict[str, Any] | None:
+        if self.kind == "tpm":
+            return None  # the TPM's own state is outside what we can key on
+        return {
+            "kind": self.kind,
+            "srk": [file_digests(p, (Bank.SHA256,))[1][Bank.SHA256].hex() for p in self.srk_files],
+        }
+
+
+RIG_TPM_DIR = "rig/tpm"
+
+
+def seal_volumes(ctx: BuildContext) -> None:
+    """One LUKS2 image per volume, its key sealed to the allowed modes' predicted PCRs."""
+    defn = ctx.defn
+    if not defn.volumes:
+        return
+    target = ctx.seal_target
+    if target is None:
+        raise InputError(
+            f"image '{defn.name}' has volumes but no sealing target",
+            hint="give --target-srk FILE (offline, the target TPM's storage key) or --tpm TCTI",
+        )
+    bank = defn.sealing.bank
+    values = ctx.facts["values_by_mode"]
+    volumes_json: dict[str, Any] = {}
+    predicted_all = {
+        mode: {pcr: vals[bank][pcr] for pcr in defn.sealing.pcrs} for mode, vals in values.items()
+    }
+    target_inputs = target.cache_inputs()
+    inputs = (
+        None
+        if target_inputs is None
+        else {
+            "stage": "seal",
+            "target": target_inputs,
+            "volumes": [_volume_inputs(v) for v in defn.volumes],
+            "predicted": {
+                m: {str(p): v.hex() for p, v in vals.items()} for m, vals in predicted_all.items()
+            },
+            "pcrs": list(defn.sealing.pcrs),
+            "bank": bank.value,
+        }
+    )
+    wants_recovery = any(v.recovery_passphrase for v in defn.volumes)
+    entry = None if inputs is None or wants_recovery else ctx.cache.lookup("seal", inputs)
+    if entry is None:
+        scratch = ctx.cache.new_entry("seal") if inputs is not None else ctx.staging / ".seal"
+        scratch.mkdir(exist_ok=True)
+        with ctx.reporter.stage("seal", f"{len(defn.volumes)} volume(s), sealed to {target.kind}"):
+            _make_volumes(ctx, target, scratch, predicted_all)
+        if inputs is not None and not wants_recovery:
+            entry = ctx.cache.commit("seal", inputs, scratch)
+            ctx.cached["seal"] = False
+        else:
+            entry = scratch
+    else:
+        ctx.reporter.info("seal", "reusing cached sealed volumes")
+        ctx.cached["seal"] = True
+    meta = json.loads((entry / "volumes.json").read_text())
+    for vol in defn.volumes:
+        ctx.add_artifact(f"volumes/{vol.name}.luks", entry / f"{vol.name}.luks")
+        volumes_json[vol.name] = meta[vol.name]
+    if (entry / "tpm").is_dir():
+        for f in sorted((entry / "tpm").iterdir()):
+            if not f.name.startswith("."):  # swtpm's .lock
+                ctx.add_artifact(f"{RIG_TPM_DIR}/{f.name}", f)
+    if entry.parent == ctx.staging:
+        shutil.rmtree(entry)
+    ctx.facts["volumes"] = volumes_json
+
+
+def _volume_inputs(vol: Volume) -> dict[str, Any]:
+    content = tree.tree_fingerprint(vol.content) if vol.content is not None else None
+    return {
+        "name": vol.name,
+        "size": vol.size,
+        "fs": vol.filesystem,
+        "modes": list(vol.modes),
+        "content": content,
+        "recovery": vol.recovery_passphrase,
+    }
+
+
+def _make_volumes(
+    ctx: BuildContext, target: SealTarget, where: Path, predicted_all: dict[str, dict[int, bytes]]
+) -> None:
+    defn = ctx.defn
+    policy = PolicySpec(pcrs=defn.sealing.pcrs, bank=defn.sealing.bank)
+    meta: dict[str, Any] = {}
+
+    def make_all(sealer: Sealer) -> None:
+        for vol in defn.volumes:
+            recovery = None
+            if vol.recovery_passphrase:
+                if target.recovery_dir is None:
+                    raise InputError(
+                        f"volume '{vol.name}' asks for a recovery passphrase",
+                        hint="give --recovery-dir DIR (outside the output) to receive it",
+                    )
+                recovery = target.recovery_dir / f"{defn.name}-{vol.name}.recovery"
+            spec = VolumeSpec(
+                vol.name,
+                vol.size,
+                vol.modes,
+                FsType.EXT4 if vol.filesystem == "ext4" else FsType.NONE,
+                vol.content,
+                recovery,
+            )
+            predicted = {m: predicted_all[m] for m in vol.modes}
+            art = make_volume(spec, predicted, sealer, where, policy=policy)
+            branches, combined = predict.volume_policy(predicted, defn.sealing.bank)
+            if combined != art.policy_hash:
+                raise BuildError(f"volume {vol.name}: sealed policy differs from the predicted one")
+            meta[vol.name] = {
+                "artifact": f"volumes/{vol.name}.luks",
+                "modes": list(vol.modes),
+                "pcrs": sorted(defn.sealing.pcrs),
+                "bank": defn.sealing.bank.value,
+                "policy": combined.hex(),
+                "policy_branches": {m: d.hex() for m, d in branches.items()},
+                "filesystem": vol.filesystem,
+                "mount": vol.mount,
+                "sealed_to": [
+                    {"kind": t.kind, "parent_alg": t.parent_alg, "parent_name": t.parent_name}
+                    for t in art.tokens
+                ],
+            }
+
+    if target.kind == "rig":
+        state = where / "tpm"
+        state.mkdir(exist_ok=True)
+        with Swtpm(state) as tpm:
+            make_all(LocalTpm(tpm.tcti))
+    elif target.kind == "tpm":
+        assert target.tcti is not None
+        make_all(LocalTpm(target.tcti))
+    else:
+        make_all(OfflineTargets(list(target.srk_files)))
+    (where / "volumes.json").write_text(json.dumps(meta, sort_keys=True))
+
+
 Stage = Callable[[BuildContext], None]
 
-# The pipeline, in order. Later stages (launch, initramfs, predict, seal, installer)
-# append themselves here as they land.
-STAGES: list[Stage] = [make_tree, make_base_image]
+# The pipeline, in order.
+STAGES: list[Stage] = [
+    make_tree,
+    make_base_image,
+    collect_boot_files,
+    make_initramfs,
+    make_launch,
+    seal_volumes,
+]
 
 
 def build(
@@ -218,6 +525,7 @@ def build(
     *,
     show_output: bool | None = None,
     stages: list[Stage] | None = None,
+    seal_target: SealTarget | None = None,
 ) -> BuildResult:
     """Run every stage into a staging directory and publish it as OUTDIR/<name>."""
     if show_output is None:
@@ -225,7 +533,7 @@ def build(
     target = outdir.resolve() / defn.name
     cache.remove_stale_scratch()
     staging = make_staging_dir(target)
-    ctx = BuildContext(defn, staging, cache, reporter, show_output)
+    ctx = BuildContext(defn, staging, cache, reporter, show_output, seal_target=seal_target)
     try:
         for stage in stages if stages is not None else STAGES:
             stage(ctx)

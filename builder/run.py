@@ -35,6 +35,7 @@ PACKAGE_OF = {
     "tb_polgen": "tboot",
     "lcp2_mlehash": "tboot",
     "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
     "grub-script-check": "grub-common",
     "tpm2_createpolicy": "tpm2-tools",
     "tpm2_eventlog": "tpm2-tools",
@@ -72,8 +73,9 @@ def run(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run `cmd`; on failure raise a BuildError with the stderr tail.
 
-    `env` is added to a copy of the current environment (None removes a variable). With `capture=False` the
-    command's output goes to our stderr (for long steps whose progress the user sees).
+    `env` is added to a copy of the current environment (None removes a variable).
+    With `capture=False` the command's output goes to our stderr (for long steps whose
+    progress the user sees).
     `pass_fds` keeps those descriptors open in the child (secrets handed over on pipes
     as /dev/fd/N, never in files).
     """

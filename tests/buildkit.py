@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from builder import paths
+from builder.initramfs import MODULES
+from builder.initramfs_archive import module_load_order, parse_modules_dep
 
 SMALL_DEF = paths.IMAGES / "tests" / "small.yaml"
 
@@ -20,14 +22,27 @@ def host_kernel() -> Path:
     return Path(found[-1])
 
 
+def copy_host_modules(dest: Path, kver: str, names: tuple[str, ...]) -> None:
+    """The host's modules `names` with their dependencies, and its modules.dep."""
+    moddir = Path("/lib/modules") / kver
+    deps = parse_modules_dep((moddir / "modules.dep").read_text())
+    for module in module_load_order(deps, names):
+        target = dest / "lib/modules" / kver / module
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(moddir / module, target)
+    shutil.copy2(moddir / "modules.dep", dest / "lib/modules" / kver / "modules.dep")
+
+
 def make_small_tree(dest: Path, *, extra: dict[str, bytes] | None = None) -> Path:
-    """A tiny root: busybox, the host kernel, tboot.gz, an /etc and a few files."""
+    """A tiny root: busybox, the host kernel and its modules the initramfs needs,
+    tboot.gz, an /etc and a few files."""
     for d in ("bin", "boot", "etc", "sbin", "usr/bin", "proc", "sys", "dev", "tmp", "run"):
         (dest / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2("/bin/busybox", dest / "bin" / "busybox")
     (dest / "bin" / "sh").symlink_to("busybox")
     kernel = host_kernel()
     shutil.copy2(kernel, dest / "boot" / kernel.name)
+    copy_host_modules(dest, kernel.name.removeprefix("vmlinuz-"), MODULES)
     shutil.copy2("/boot/tboot.gz", dest / "boot" / "tboot.gz")
     (dest / "etc" / "hostname").write_text("small\n")
     (dest / "etc" / "os-release").write_text("ID=actvsm-small\n")

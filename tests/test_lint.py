@@ -12,7 +12,10 @@ BIN = Path(sys.executable).parent
 
 def test_ruff_clean() -> None:
     proc = subprocess.run(
-        [BIN / "ruff", "check", "builder", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+        [BIN / "ruff", "check", "builder", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     defn = load_definition(args.definition)
-    summary = {
+    summary: dict[str, Any] = {
         "valid": True,
         "name": defn.name,
         "definition": str(defn.path),
