@@ -63,6 +63,12 @@ def _base_check(ctx: Ctx, node: yaml.MappingNode, out: dict[str, Any]) -> None:
     sources = [k for k in ("tree", "tarball") if out[k] is not None]
     if len(sources) > 1:
         raise ctx.error(node, "give at most one of 'tree' and 'tarball'")
+    if out["tree"] is not None and out["extra_tree"] is not None:
+        raise ctx.error(
+            node,
+            "'extra_tree' applies to mkosi and tarball bases",
+            "put the files into 'tree' itself",
+        )
     if sources and out["packages"]:
         raise ctx.error(
             node, f"'packages' has no effect with a prebuilt '{sources[0]}'", "remove 'packages'"
@@ -109,6 +115,12 @@ BASE = Section(
             "tarball",
             existing_path("file"),
             "a prebuilt root tarball used instead of mkosi (relative to this file)",
+            type_doc="path",
+        ),
+        Field(
+            "extra_tree",
+            existing_path("dir"),
+            "files copied over the installed tree (units, workloads); mkosi or tarball only",
             type_doc="path",
         ),
         Field(
@@ -494,6 +506,7 @@ class BaseConfig:
     mirror: str | None
     tree: Path | None
     tarball: Path | None
+    extra_tree: Path | None
     format: str
     compression: str
     compression_level: int

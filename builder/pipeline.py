@@ -111,6 +111,8 @@ def make_tree(ctx: BuildContext) -> None:
         inputs: dict[str, Any] = {"tarball_sha256": digest}
     else:
         inputs = {"mkosi": tree.mkosi_version(), **tree.base_settings(base)}
+    if base.extra_tree is not None:
+        inputs["extra_tree"] = tree.tree_fingerprint(base.extra_tree)
     inputs |= {
         "stage": "tree",
         "normalize": tree.NORMALIZE_VERSION,
@@ -138,6 +140,8 @@ def make_tree(ctx: BuildContext) -> None:
                 for leftover in scratch.iterdir():
                     if leftover.name != "root":
                         _remove(leftover)
+            if base.extra_tree is not None:
+                tree.overlay_tree(base.extra_tree, scratch / "root")
             tree.normalize_tree(
                 scratch / "root", name=ctx.defn.name, epoch=ctx.defn.source_date_epoch
             )

@@ -115,8 +115,13 @@ def tree_fingerprint(root: Path) -> str:
     return h.hexdigest()
 
 
-def copy_tree(src: Path, dest: Path) -> None:
-    shutil.copytree(src, dest, symlinks=True)
+def overlay_tree(src: Path, dest: Path) -> None:
+    """Copy `src` over `dest` (files replaced, directories merged), owned by root."""
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        for name in dirnames + filenames:
+            rel = (Path(dirpath) / name).relative_to(src)
+            os.lchown(dest / rel, 0, 0)
 
 
 def base_settings(base: BaseConfig) -> dict[str, object]:
