@@ -266,6 +266,13 @@ BAD: list[tuple[str, str, str | None, int | None, str]] = [
     ("top-level-list", "- name: x\n", None, 1, "expected a mapping"),
     ("epoch-negative", GOOD + "source_date_epoch: -1\n", "source_date_epoch", 15, "out of range"),
     (
+        "extra-tree-with-prebuilt-tree",
+        replace("  tree: tree\n", "  tree: tree\n  extra_tree: content\n"),
+        "base",
+        3,
+        "'extra_tree' applies",
+    ),
+    (
         "mirror-not-url",
         replace("  tree: tree\n", "  mirror: ftp.example\n"),
         "base.mirror",
