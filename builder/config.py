@@ -35,6 +35,9 @@ from builder.schema import (
 
 NAME_RE = r"[a-z0-9][a-z0-9-]{0,62}"
 NAME_HINT = "use 1-63 lowercase letters, digits and '-', starting with a letter or digit"
+# GPT partition names hold 36 UTF-16 units: "actvsm-vol-" + 25.
+VOLUME_NAME_RE = r"[a-z0-9][a-z0-9-]{0,24}"
+VOLUME_NAME_HINT = "use 1-25 lowercase letters, digits and '-', starting with a letter or digit"
 PACKAGE_RE = r"[a-z0-9][a-z0-9+.-]+"
 # A kernel/tboot argument as GRUB passes it: no quotes, no shell-special characters.
 CMDLINE_RE = r"[A-Za-z0-9_.,:=/+@%-]+(?: [A-Za-z0-9_.,:=/+@%-]+)*"
@@ -228,7 +231,11 @@ VOLUME = Section(
     "volume",
     [
         Field(
-            "name", string(NAME_RE, hint=NAME_HINT), "volume name", required=True, type_doc="string"
+            "name",
+            string(VOLUME_NAME_RE, hint=VOLUME_NAME_HINT),
+            "volume name (its installer partition is actvsm-vol-<name>)",
+            required=True,
+            type_doc="string",
         ),
         Field(
             "size",

@@ -8,7 +8,8 @@ timestamp is the build's epoch, so the same inputs give the same bytes.
 
 Layout, in order (GPT names): `bios-boot` (GRUB core.img), `esp` (FAT32 with
 EFI/BOOT/BOOTX64.EFI), `boot` (ext2: tboot, kernel, initramfs, grub/, acm/, the launch
-policy and its NV script), `base`, `base-verity`, then one `vol-<name>` per volume.
+policy and its NV script), `actvsm-base`, `actvsm-verity`, then one `actvsm-vol-<name>` per
+volume (the names the initramfs looks for).
 GRUB's built-in configuration finds the boot partition by its file system UUID
 (`boot_uuid`) and reads grub/grub-bios.cfg or grub/grub-uefi.cfg there.
 """
@@ -55,7 +56,7 @@ EFI_MODULES = ["efi_gop", "efi_uga", *COMMON_MODULES]
 
 _BOOT_PATH = re.compile(r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_VOLUME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_VOLUME = re.compile(r"[a-z0-9][a-z0-9-]{0,24}")  # GPT names: 36 UTF-16 units
 
 
 def derive_boot_uuid(seed: bytes) -> str:
@@ -359,11 +360,11 @@ def assemble(spec: InstallerInput, out: Path, *, compress: bool = True) -> Insta
             ("bios-boot", disklayout.BIOS_BOOT, core),
             ("esp", disklayout.ESP, esp),
             ("boot", disklayout.XBOOTLDR, boot_fs),
-            ("base", disklayout.ROOT_X86_64, spec.base),
+            ("actvsm-base", disklayout.ROOT_X86_64, spec.base),
         ]
         if spec.verity is not None:
-            contents.append(("base-verity", disklayout.ROOT_VERITY_X86_64, spec.verity))
-        contents += [(f"vol-{n}", disklayout.LINUX_DATA, p) for n, p in spec.volumes]
+            contents.append(("actvsm-verity", disklayout.ROOT_VERITY_X86_64, spec.verity))
+        contents += [(f"actvsm-vol-{n}", disklayout.LINUX_DATA, p) for n, p in spec.volumes]
 
         parts: list[Partition] = []
         whole = hashlib.sha256(seed)

@@ -57,7 +57,7 @@ def build_manifest(
     }
     if "verity" in facts:
         manifest["verity"] = dict(facts["verity"])
-    for key in ("modes", "volumes", "inputs", "launch"):
+    for key in ("modes", "volumes", "inputs", "launch", "installer"):
         if key in facts:
             manifest[key] = facts[key]
     return manifest

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import fsimage, initramfs, paths, predict, tree
+from builder import fsimage, initramfs, installer, paths, predict, tree
 from builder.atomic import make_staging_dir, publish
 from builder.banks import ALL_BANKS, Bank
 from builder.bootfiles import find_boot_files
 from builder.cache import StageCache
+from builder.cel import to_cel
 from builder.config import ImageDefinition, Volume
 from builder.digest import file_digests
 from builder.errors import BuildError, InputError
@@ -39,7 +40,7 @@ from builder.seal import (
 )
 from builder.swtpm import Swtpm
 from builder.tboot.grub import mode_entries, render_grub_config, render_provision_script
-from builder.ui import Reporter
+from builder.ui import Reporter, canonical_json
 
 PIPELINE_VERSION = 1
 
@@ -320,6 +321,7 @@ def make_launch(ctx: BuildContext) -> None:
             kernel=predict.KERNEL_NAME,
             initrd=predict.INITRD_NAME,
         )
+        ctx.facts["boot_entries"] = entries
         for firmware in ("bios", "uefi"):
             cfg = render_grub_config(entries, image=defn.name, firmware=firmware, boot_dir="/boot")
             ctx.add_bytes(f"boot/grub/grub-{firmware}.cfg", cfg.encode())
@@ -343,6 +345,9 @@ def make_launch(ctx: BuildContext) -> None:
             modes_json[mode.name] = predict.mode_json(
                 mode, tboot_cmd, predicted[mode.name], values, cap
             )
+            if defn.output.event_log:
+                cel = to_cel([*predicted[mode.name], *([cap] if mode.keys else [])])
+                ctx.add_bytes(f"events/{mode.name}.cel.json", canonical_json(cel).encode())
         ctx.facts["modes"] = modes_json
         ctx.facts["values_by_mode"] = values_by_mode
         ctx.facts["launch"] = {
@@ -508,6 +513,84 @@ def _make_volumes(
     (where / "volumes.json").write_text(json.dumps(meta, sort_keys=True))
 
 
+# --- stage: installer disk image ----------------------------------------------------------
+
+
+def make_installer(ctx: BuildContext) -> None:
+    """The GPT disk image admins flash: GRUB (BIOS+UEFI), boot files, base, verity, volumes."""
+    defn = ctx.defn
+    if not defn.output.installer:
+        return
+    base = ctx.artifacts[ctx.facts["base_image"]]
+    verity = ctx.artifacts.get("base.verity")
+    volumes = [(v.name, ctx.artifacts[f"volumes/{v.name}.luks"]) for v in defn.volumes]
+    boot_uuid = installer.derive_boot_uuid(
+        defn.name.encode() + b"\0" + bytes.fromhex(ctx.facts["base_digests"]["digests"]["sha256"])
+    )
+    grub = {
+        fw: render_grub_config(
+            ctx.facts["boot_entries"],
+            image=defn.name,
+            firmware=fw,
+            boot_dir="",
+            boot_uuid=boot_uuid,
+        )
+        for fw in ("bios", "uefi")
+    }
+    boot_files = {
+        predict.TBOOT_NAME: ctx.artifacts[f"boot/{predict.TBOOT_NAME}"],
+        predict.KERNEL_NAME: ctx.artifacts[f"boot/{predict.KERNEL_NAME}"],
+        predict.INITRD_NAME: ctx.artifacts[f"boot/{predict.INITRD_NAME}"],
+        "vl.pol": ctx.artifacts["launch/vl.pol"],
+        "provision-vlp.sh": ctx.artifacts["launch/provision-vlp.sh"],
+    }
+    files = {
+        "base": base,
+        **({"verity": verity} if verity else {}),
+        **boot_files,
+        **{f"vol-{n}": p for n, p in volumes},
+    }
+    inputs = {
+        "stage": "installer",
+        "name": defn.name,
+        "boot_uuid": boot_uuid,
+        "grub": grub,
+        "files": {
+            k: file_digests(p, (Bank.SHA256,))[1][Bank.SHA256].hex() for k, p in files.items()
+        },
+        "epoch": defn.source_date_epoch,
+        "compress": defn.output.compress_installer,
+    }
+    names = ["installer.img", "installer.img.sha256"]
+    if defn.output.compress_installer:
+        names += ["installer.img.zst", "installer.img.zst.sha256"]
+    entry = ctx.cache.lookup("installer", inputs)
+    if entry is None:
+        scratch = ctx.cache.new_entry("installer")
+        with ctx.reporter.stage("installer", "assembling the GPT disk image"):
+            spec = installer.InstallerInput(
+                name=defn.name,
+                boot_uuid=boot_uuid,
+                grub_configs=grub,
+                boot_files=boot_files,
+                base=base,
+                verity=verity,
+                volumes=volumes,
+                epoch=defn.source_date_epoch,
+            )
+            installer.assemble(
+                spec, scratch / "installer.img", compress=defn.output.compress_installer
+            )
+        entry = ctx.cache.commit("installer", inputs, scratch)
+        ctx.cached["installer"] = False
+    else:
+        ctx.reporter.info("installer", "reusing cached disk image")
+        ctx.cached["installer"] = True
+    for name in names:
+        ctx.add_artifact(name, entry / name)
+    ctx.facts["installer"] = {"boot_uuid": boot_uuid}
+
+
 Stage = Callable[[BuildContext], None]
 
 # The pipeline, in order.
@@ -518,6 +601,7 @@ STAGES: list[Stage] = [
     make_initramfs,
     make_launch,
     seal_volumes,
+    make_installer,
 ]
 
 

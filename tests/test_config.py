@@ -266,6 +266,13 @@ BAD: list[tuple[str, str, str | None, int | None, str]] = [
     ("top-level-list", "- name: x\n", None, 1, "expected a mapping"),
     ("epoch-negative", GOOD + "source_date_epoch: -1\n", "source_date_epoch", 15, "out of range"),
     (
+        "volume-name-too-long",
+        replace("  - name: data\n", "  - name: " + "v" * 26 + "\n"),
+        "volumes[0].name",
+        12,
+        "invalid value",
+    ),
+    (
         "extra-tree-with-prebuilt-tree",
         replace("  tree: tree\n", "  tree: tree\n  extra_tree: content\n"),
         "base",

@@ -68,7 +68,7 @@ def test_sfdisk_and_sgdisk_read_the_table(built: installer.InstallerImage) -> No
     assert table["label"] == "gpt"
     assert table["id"].lower() == built.disk_guid
     names = [p["name"] for p in table["partitions"]]
-    assert names == ["bios-boot", "esp", "boot", "base", "base-verity", "vol-data"]
+    assert names == ["bios-boot", "esp", "boot", "actvsm-base", "actvsm-verity", "actvsm-vol-data"]
     types = {p["name"]: p["type"].upper() for p in table["partitions"]}
     assert types["bios-boot"] == "21686148-6449-6E6F-744E-656564454649"
     assert types["esp"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -76,7 +76,7 @@ def test_sfdisk_and_sgdisk_read_the_table(built: installer.InstallerImage) -> No
         assert got["start"] * 512 == want.start and got["start"] % 2048 == 0
         assert got["size"] * 512 == want.part.size
         assert got["uuid"].lower() == want.part.uuid
-    assert by_label(built, "vol-data").part.size == 4 * MiB  # 3 MiB + 9 bytes, rounded up
+    assert by_label(built, "actvsm-vol-data").part.size == 4 * MiB  # 3 MiB + 9 bytes, rounded up
     printed = sh("sgdisk", "-p", built.path)
     for name in names:
         assert name in printed
@@ -136,9 +136,9 @@ def test_raw_partitions_hold_their_files(built: installer.InstallerImage, tmp_pa
     inputs = make_inputs(tmp_path / "in")
     assert inputs.spec.verity is not None
     for label, src in [
-        ("base", inputs.spec.base),
-        ("base-verity", inputs.spec.verity),
-        ("vol-data", inputs.spec.volumes[0][1]),
+        ("actvsm-base", inputs.spec.base),
+        ("actvsm-verity", inputs.spec.verity),
+        ("actvsm-vol-data", inputs.spec.volumes[0][1]),
     ]:
         part = extract(built.path, by_label(built, label), tmp_path / label).read_bytes()
         content = src.read_bytes()

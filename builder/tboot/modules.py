@@ -8,6 +8,7 @@ module i as H( H(cmdline) || H(image) ) in each bank it extends.
 
 from __future__ import annotations
 
+import functools
 import lzma
 import re
 import struct
@@ -92,7 +93,24 @@ def compression_of(data: bytes) -> Compression:
 
 
 def loaded_image(data: bytes, what: str = "module") -> tuple[bytes, Compression]:
-    """The bytes GRUB places in memory for a module file (decompressed), and the format."""
+    """The bytes GRUB places in memory for a module file (decompressed), and the format.
+
+    A build measures the same kernel and initrd once per mode and per policy entry:
+    the last few results are kept (bytes objects cache their own hash, so the lookup
+    costs one pass over the data only the first time).
+    """
+    try:
+        return _loaded_image_cached(data)
+    except InputError:
+        return _loaded_image(data, what)  # raises again, naming the module
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_image_cached(data: bytes) -> tuple[bytes, Compression]:
+    return _loaded_image(data, "module")
+
+
+def _loaded_image(data: bytes, what: str) -> tuple[bytes, Compression]:
     kind = compression_of(data)
     if kind is Compression.GZIP:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
