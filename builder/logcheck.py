@@ -271,18 +271,34 @@ def parse_manifest_mode(doc: object, mode: str, name: str) -> tuple[list[Event],
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise input_error(f"bad event: {exc}", file=name, field=f"{base}.events[{i}]") from None
     values: PcrValues = {}
-    pcrs = entry.get("pcrs", {})
+    _parse_pcr_values(entry.get("pcrs", {}), name, f"{base}.pcrs", values)
+    # A boot's log goes on past the prediction's unseal point with the initramfs's phase
+    # cap; compare against the values after it.
+    cap = entry.get("phase_cap")
+    if isinstance(cap, dict) and "event" in cap:
+        try:
+            events.append(Event.from_json(cap["event"]))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise input_error(
+                f"bad event: {exc}", file=name, field=f"{base}.phase_cap.event"
+            ) from None
+        _parse_pcr_values(cap.get("pcrs_after", {}), name, f"{base}.phase_cap.pcrs_after", values)
+    return events, values
+
+
+def _parse_pcr_values(pcrs: object, name: str, where: str, values: PcrValues) -> None:
+    """Merge a manifest's bank -> PCR -> hex object into `values`."""
     if not isinstance(pcrs, dict):
-        raise input_error("expected an object", file=name, field=f"{base}.pcrs")
+        raise input_error("expected an object", file=name, field=where)
     for bank_name, vals in pcrs.items():
-        field = f"{base}.pcrs.{bank_name}"
+        field = f"{where}.{bank_name}"
         try:
             bank = parse_bank(str(bank_name))
         except ValueError as exc:
             raise input_error(str(exc), file=name, field=field) from None
         if not isinstance(vals, dict):
             raise input_error("expected an object", file=name, field=field)
-        values[bank] = {}
+        values.setdefault(bank, {})
         for key, hexval in vals.items():
             try:
                 pcr = int(key)
@@ -296,7 +312,6 @@ def parse_manifest_mode(doc: object, mode: str, name: str) -> tuple[list[Event],
                     f"bad PCR value: {exc}", file=name, field=f"{field}.{key}"
                 ) from None
             values[bank][pcr] = value
-    return events, values
 
 
 def compare_values(

@@ -346,7 +346,7 @@ def make_launch(ctx: BuildContext) -> None:
                 mode, tboot_cmd, predicted[mode.name], values, cap
             )
             if defn.output.event_log:
-                cel = to_cel([*predicted[mode.name], *([cap] if mode.keys else [])])
+                cel = to_cel([*predicted[mode.name], cap])  # the initramfs caps in every mode
                 ctx.add_bytes(f"events/{mode.name}.cel.json", canonical_json(cel).encode())
         ctx.facts["modes"] = modes_json
         ctx.facts["values_by_mode"] = values_by_mode

@@ -230,3 +230,18 @@ def test_manifest_show(reference: Path) -> None:
     assert "mode admin" not in proc.stdout
     proc = actvsm("manifest", "show", "--json", str(reference))
     assert json.loads(proc.stdout) == manifest
+
+
+def test_exported_event_log_replays_to_the_prediction(reference: Path) -> None:
+    manifest = json.loads((reference / "manifest.json").read_text())
+    for mode in manifest["modes"]:
+        proc = actvsm("replay", "--json", str(reference / "events" / f"{mode}.cel.json"),
+                      "--manifest", str(reference), "--mode", mode)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        after = manifest["modes"][mode]["phase_cap"]["pcrs_after"]["sha256"]["11"]
+        assert json.loads(proc.stdout)["pcrs"]["sha256"]["11"] == after
+    # Mode admin's log against mode normal's prediction: the kernel command line differs.
+    proc = actvsm("replay", str(reference / "events/admin.cel.json"), "--manifest", str(reference),
+                  "--mode", "normal")  # fmt: skip
+    assert proc.returncode == 1
+    assert "first divergence: PCR 17" in proc.stdout and "module 0 (kernel)" in proc.stdout

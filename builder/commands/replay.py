@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ def register(sub: Any) -> None:
         "or a CEL-JSON log",
     )
     p.add_argument("--pcrs", metavar="FILE", help="PCR values from the TPM (`tpm2_pcrread` output)")
-    p.add_argument("--manifest", metavar="M", help="manifest.json to compare the log with")
+    p.add_argument(
+        "--manifest", metavar="M", help="manifest.json (or OUTDIR/<name>) to compare the log with"
+    )
     p.add_argument("--mode", metavar="X", help="boot mode of the manifest (with --manifest)")
     p.set_defaults(func=run)
 
@@ -121,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 "at its reset value in the TPM (measured after the log, e.g. IMA on PCR 10)"
             )
     if args.manifest is not None:
+        if os.path.isdir(args.manifest):  # a build's OUTDIR/<name>
+            args.manifest = os.path.join(args.manifest, "manifest.json")
         raw = read_input(args.manifest, "manifest", MAX_TEXT_INPUT)
         try:
             doc = json.loads(raw)
