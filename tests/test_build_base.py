@@ -11,7 +11,32 @@ import sys
 import time
 from pathlib import Path
 
-from tests.buildkit import actvsm, small_definition
+from tests.buildkit import actvsm
+from tests.buildkit import small_definition as _small_definition
+
+# Sealed volumes hold fresh random keys; the rig's TPM and the installer carry them.
+RANDOM = ("volumes/", "rig/", "installer.img")
+
+
+def small_definition(workdir: Path, text: str | None = None) -> Path:
+    """The small definition without the installer image, which these tests do not need."""
+    path = _small_definition(workdir, text)
+    if "\noutput:" not in path.read_text():
+        path.write_text(path.read_text() + "output:\n  installer: false\n")
+    return path
+
+
+def without_random(manifest: Path) -> dict[str, object]:
+    data = json.loads(manifest.read_text())
+    data.pop("volumes", None)
+    data["artifacts"] = {k: v for k, v in data["artifacts"].items() if not k.startswith(RANDOM)}
+    return dict(data)
+
+
+def stages(result: dict[str, object], *names: str) -> dict[str, bool]:
+    cached = result["cached"]
+    assert isinstance(cached, dict)
+    return {n: cached[n] for n in names}
 
 
 def build(defn: Path, out: Path, cache: Path, *extra: str) -> dict[str, object]:
@@ -25,10 +50,13 @@ def test_two_builds_at_different_times_are_byte_identical(tmp_path: Path) -> Non
     a = build(small_definition(tmp_path / "a"), tmp_path / "out-a", tmp_path / "cache-a")
     time.sleep(1.1)  # the second tree gets other mtimes; the image must not care
     b = build(small_definition(tmp_path / "b"), tmp_path / "out-b", tmp_path / "cache-b")
-    for name in ("base.squashfs", "base.verity", "manifest.json"):
-        assert (tmp_path / "out-a/small" / name).read_bytes() == (
-            tmp_path / "out-b/small" / name
-        ).read_bytes()
+    out_a, out_b = tmp_path / "out-a/small", tmp_path / "out-b/small"
+    files = sorted(p.relative_to(out_a).as_posix() for p in out_a.rglob("*") if p.is_file())
+    reproducible = [f for f in files if not f.startswith(RANDOM) and f != "manifest.json"]
+    assert {"base.squashfs", "base.verity", "boot/initrd.img", "launch/vl.pol"} <= set(reproducible)
+    for name in reproducible:
+        assert (out_a / name).read_bytes() == (out_b / name).read_bytes(), name
+    assert without_random(out_a / "manifest.json") == without_random(out_b / "manifest.json")
     assert a["verity_root_hash"] == b["verity_root_hash"]
     assert isinstance(a["verity_root_hash"], str) and len(a["verity_root_hash"]) == 64
 
@@ -78,15 +106,23 @@ def test_stage_cache_reuse_and_invalidation(tmp_path: Path) -> None:
     defn = small_definition(tmp_path)
     out, cache = tmp_path / "out", tmp_path / "cache"
     first = build(defn, out, cache)
-    assert first["cached"] == {"tree": True, "base": False}
+    assert stages(first, "tree", "base", "initramfs", "seal") == {
+        "tree": True,  # a prebuilt tree is used as it is
+        "base": False,
+        "initramfs": False,
+        "seal": False,
+    }
     again = build(defn, out, cache)
-    assert again["cached"] == {"tree": True, "base": True}
+    assert all(stages(again, "tree", "base", "initramfs", "seal").values())
     assert again["artifacts"] == first["artifacts"]
     # Only the kernel command line changes: the base image is reused.
     defn.write_text(
         defn.read_text().replace("cmdline: console=ttyS0", "cmdline: console=ttyS0 quiet")
     )
-    assert build(defn, out, cache)["cached"]["base"] is True  # type: ignore[index]
+    cmdline = build(defn, out, cache)
+    assert stages(cmdline, "base", "initramfs") == {"base": True, "initramfs": True}
+    # ... the PCRs change, so the volume is sealed anew (to new values, with a new key).
+    assert stages(cmdline, "seal") == {"seal": False}
     # Compression changes: the base image is rebuilt.
     defn.write_text(defn.read_text().replace("compression: zstd", "compression: lz4"))
     changed = build(defn, out, cache)
@@ -101,7 +137,7 @@ def test_killed_build_leaves_previous_output_untouched(tmp_path: Path) -> None:
     defn = small_definition(tmp_path)
     out = tmp_path / "out"
     build(defn, out, tmp_path / "cache")
-    before = {p.name: p.read_bytes() for p in (out / "small").iterdir()}
+    before = {p: p.read_bytes() for p in (out / "small").rglob("*") if p.is_file()}
     # Make the base stage slow enough to be killed in the middle of it.
     (tmp_path / "small-tree/big.bin").write_bytes(os.urandom(160 << 20))
     proc = subprocess.Popen(
@@ -119,7 +155,7 @@ def test_killed_build_leaves_previous_output_untouched(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stderr.close()
-    after = {p.name: p.read_bytes() for p in (out / "small").iterdir()}
+    after = {p: p.read_bytes() for p in (out / "small").rglob("*") if p.is_file()}
     assert after == before
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert visible == ["small"]

@@ -51,7 +51,10 @@ def unseal(tpm: Swtpm, volume: Path, key: Path) -> subprocess.CompletedProcess[s
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("seal")
     defn = small_definition(work)
-    defn.write_text(defn.read_text().replace("modes: [normal]", "modes: [normal, admin]"))
+    defn.write_text(
+        defn.read_text().replace("modes: [normal]", "modes: [normal, admin]")
+        + "output:\n  installer: false\n"
+    )
     proc = actvsm(
         "build", "-q", str(defn), "-o", str(work / "out"), "--cache-dir", str(work / "cache")
     )
@@ -112,6 +115,7 @@ def test_phase_cap_closes_the_volume(built: Path, tmp_path: Path) -> None:
 
 def test_offline_target_srk_and_no_key_left_anywhere(tmp_path: Path) -> None:
     defn = small_definition(tmp_path)
+    defn.write_text(defn.read_text() + "output:\n  installer: false\n")
     out, cache = tmp_path / "out", tmp_path / "cache"
     with Swtpm() as tpm:
         srk = make_srk(tpm, tmp_path, "ecc")

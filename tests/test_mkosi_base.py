@@ -11,6 +11,10 @@ import pytest
 
 from tests.buildkit import actvsm
 
+# What the boot files and the initramfs need from the base; nothing more.
+PACKAGES = (
+    "linux-image-amd64, tboot, cryptsetup-bin, tpm2-tools, libtss2-tcti-device0, busybox, kmod"
+)
 DEFINITION = """\
 name: mini
 base:
@@ -27,6 +31,12 @@ source_date_epoch: 1700000000
 """
 
 
+def stages(result: dict[str, object]) -> dict[str, bool]:
+    cached = result["cached"]
+    assert isinstance(cached, dict)
+    return {n: cached[n] for n in ("tree", "base")}
+
+
 def build(defn: Path, out: Path, cache: Path) -> dict[str, object]:
     proc = actvsm(
         "build", "--json", str(defn), "-o", str(out), "--cache-dir", str(cache), timeout=1800
@@ -39,7 +49,7 @@ def build(defn: Path, out: Path, cache: Path) -> dict[str, object]:
 @pytest.mark.slow
 def test_mkosi_base_reproducible_cached_and_invalidated(tmp_path: Path) -> None:
     defn = tmp_path / "mini.yaml"
-    defn.write_text(DEFINITION.format(packages="busybox"))
+    defn.write_text(DEFINITION.format(packages=PACKAGES))
     packages = tmp_path / "packages"  # the .deb cache only: downloads are not what we test
     for side in ("a", "b"):
         (tmp_path / f"cache-{side}").mkdir()
@@ -49,23 +59,23 @@ def test_mkosi_base_reproducible_cached_and_invalidated(tmp_path: Path) -> None:
     packages.mkdir()
 
     first = build(defn, tmp_path / "out-a", tmp_path / "cache-a")
-    assert first["cached"] == {"tree": False, "base": False}
+    assert stages(first) == {"tree": False, "base": False}
 
     t0 = time.monotonic()
     again = build(defn, tmp_path / "out-a", tmp_path / "cache-a")
-    assert again["cached"] == {"tree": True, "base": True}
+    assert all(again["cached"].values())  # type: ignore[attr-defined]
     assert again["artifacts"] == first["artifacts"]
     print(f"no-change rebuild: {time.monotonic() - t0:.1f}s")
 
     time.sleep(1.1)
     other = build(defn, tmp_path / "out-b", tmp_path / "cache-b")
-    assert other["cached"] == {"tree": False, "base": False}
+    assert stages(other) == {"tree": False, "base": False}
     for name in ("base.squashfs", "base.verity"):
         a = (tmp_path / "out-a/mini" / name).read_bytes()
         assert a == (tmp_path / "out-b/mini" / name).read_bytes(), name
     assert first["verity_root_hash"] == other["verity_root_hash"]
 
-    defn.write_text(DEFINITION.format(packages="busybox, cpio"))
+    defn.write_text(DEFINITION.format(packages=PACKAGES + ", cpio"))
     changed = build(defn, tmp_path / "out-a", tmp_path / "cache-a")
-    assert changed["cached"] == {"tree": False, "base": False}
+    assert stages(changed) == {"tree": False, "base": False}
     assert changed["verity_root_hash"] != first["verity_root_hash"]
