@@ -107,3 +107,8 @@ def _threaded(f: Any, banks: tuple[Bank, ...]) -> tuple[int, dict[Bank, bytes]]:
     if errors:
         raise errors[0]
     return size, {b: results[b] for b in banks}
+
+
+def file_sha256(path: Path) -> bytes:
+    """The sha256 of a file (one bank of `file_digests`)."""
+    return file_digests(path, (Bank.SHA256,))[1][Bank.SHA256]

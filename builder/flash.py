@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from builder.digest import file_sha256
 from builder.errors import ActvsmError, InputError
 from builder.run import require_tool
 
@@ -313,21 +314,13 @@ def open_image(path: Path, *, check_sidecar: bool = True) -> Image:
         words = _read(side).split()
         if not words or len(words[0]) != 64:
             raise InputError(f"{side}: not in sha256sum format", hint="regenerate it")
-        actual = sha256_file(path)
+        actual = file_sha256(path).hex()
         if actual != words[0].lower():
             raise InputError(
                 f"{path} does not match {side.name}: sha256 {actual}, expected {words[0]}",
                 hint="the file is damaged or incomplete: copy or download it again",
             )
     return Image(path, compressed, size)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from typing import Any
 import jinja2
 
 from builder import disklayout
+from builder.digest import file_sha256
 from builder.disklayout import MiB, Partition, Placed
 from builder.errors import BuildError, InputError
 from builder.fsimage import derived_uuid
@@ -299,14 +300,6 @@ def _sparse_file(path: Path, size: int) -> None:
 _CHUNK = 1 << 20
 
 
-def _file_sha256(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.digest()
-
-
 def _write_at(fd: int, offset: int, source: Path, limit: int) -> None:
     """Copy `source` to `offset`, leaving all-zero chunks as holes (the image is sparse)."""
     size = source.stat().st_size
@@ -369,7 +362,7 @@ def assemble(spec: InstallerInput, out: Path, *, compress: bool = True) -> Insta
         parts: list[Partition] = []
         whole = hashlib.sha256(seed)
         for label, type_guid, path in contents:
-            digest = _file_sha256(path)
+            digest = file_sha256(path)
             whole.update(label.encode() + b"\0" + digest)
             size = BIOS_BOOT_SIZE if label == "bios-boot" else path.stat().st_size
             uuid = derived_uuid(digest, f"installer:part:{label}")
@@ -430,7 +423,7 @@ def compress_zstd(src: Path, dest: Path, *, level: int = ZSTD_LEVEL) -> None:
 
 def write_sha256_file(path: Path) -> str:
     """`path`.sha256 in sha256sum's format (`sha256sum -c` checks it); returns the digest."""
-    digest = _file_sha256(path).hex()
+    digest = file_sha256(path).hex()
     side = path.with_name(path.name + ".sha256")
     side.write_text(f"{digest}  {path.name}\n")
     return digest
