@@ -623,8 +623,11 @@ def build(
     staging = make_staging_dir(target)
     ctx = BuildContext(defn, staging, cache, reporter, show_output, seal_target=seal_target)
     try:
-        for stage in stages if stages is not None else STAGES:
+        todo = stages if stages is not None else STAGES
+        for number, stage in enumerate(todo, start=1):
+            reporter.step = (number, len(todo) + 1)  # the manifest is the last step
             stage(ctx)
+        reporter.step = (len(todo) + 1, len(todo) + 1)
         with reporter.stage("manifest", "writing manifest.json"):
             manifest = build_manifest(ctx.defn, ctx.artifacts, ctx.facts, ctx.staging)
             write_manifest(staging / "manifest.json", manifest)

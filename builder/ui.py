@@ -16,19 +16,23 @@ def canonical_json(obj: Any) -> str:
 
 
 class Reporter:
-    """Progress lines `[  12.3s] stage: message` on stderr; silent with quiet=True."""
+    """Progress lines `[  12.3s 2/8] stage: message` on stderr; silent with quiet=True."""
 
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
         self.start = time.monotonic()
         self.timings: dict[str, float] = {}
+        self.step: tuple[int, int] | None = None  # (this stage, of how many)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
     def info(self, stage: str, message: str) -> None:
         if not self.quiet:
-            print(f"[{self.elapsed():7.1f}s] {stage}: {message}", file=sys.stderr, flush=True)
+            where = f" {self.step[0]}/{self.step[1]}" if self.step else ""
+            print(
+                f"[{self.elapsed():7.1f}s{where}] {stage}: {message}", file=sys.stderr, flush=True
+            )
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
