@@ -4,8 +4,8 @@ the stage cache, atomic output (a killed build), and exit statuses."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
