@@ -10,8 +10,9 @@ from builder.cache import StageCache, default_cache_dir
 from builder.commands import common
 from builder.config import ImageDefinition, load_definition
 from builder.errors import InputError
-from builder.pipeline import SealTarget, build
+from builder.pipeline import build
 from builder.platform import load_platform
+from builder.stages.seal import SealTarget
 from builder.ui import Reporter, emit
 
 
