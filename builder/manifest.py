@@ -30,12 +30,15 @@ def artifact_entry(path: Path, known: Mapping[str, Any] | None = None) -> dict[s
 
 
 def build_manifest(
-    defn: ImageDefinition, artifacts: Mapping[str, Path], facts: Mapping[str, Any], staging: Path
+    defn: ImageDefinition,
+    artifacts: Mapping[str, Path],
+    facts: Mapping[str, Any],
+    known: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The manifest; `known` holds digests already computed (of cached artifacts)."""
     entries: dict[str, Any] = {}
     for name, path in sorted(artifacts.items()):
-        known = facts.get("base_digests") if name == facts.get("base_image") else None
-        entries[name] = artifact_entry(path, known)
+        entries[name] = artifact_entry(path, (known or {}).get(name))
     platform_bytes = defn.platform.read_bytes()
     import hashlib
 

@@ -64,7 +64,8 @@ def build(
             stage(ctx)
         reporter.step = (len(todo) + 1, len(todo) + 1)
         with reporter.stage("manifest", "writing manifest.json"):
-            manifest = build_manifest(ctx.defn, ctx.artifacts, ctx.facts, ctx.staging)
+            manifest = build_manifest(ctx.defn, ctx.artifacts, ctx.facts, ctx.known_digests)
+            ctx.remember_digests(manifest["artifacts"])
             write_manifest(staging / "manifest.json", manifest)
         publish(staging, target)
     except BaseException:

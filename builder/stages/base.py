@@ -149,6 +149,7 @@ def make_base_image(ctx: BuildContext) -> None:
     ctx.add_artifact(image_name, entry / image_name)
     ctx.facts["base_image"] = image_name
     ctx.facts["base_digests"] = facts
+    ctx.known_digests[image_name] = {"size": facts["size"], "digests": facts["digests"]}
     if "verity" in facts:
         ctx.add_artifact("base.verity", entry / "base.verity")
         ctx.facts["verity"] = facts["verity"]

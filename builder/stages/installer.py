@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from builder import installer, predict
-from builder.banks import Bank
 from builder.context import BuildContext
-from builder.digest import file_digests
 from builder.tboot.grub import render_grub_config
 
 
@@ -48,9 +46,7 @@ def make_installer(ctx: BuildContext) -> None:
         "name": defn.name,
         "boot_uuid": boot_uuid,
         "grub": grub,
-        "files": {
-            k: file_digests(p, (Bank.SHA256,))[1][Bank.SHA256].hex() for k, p in files.items()
-        },
+        "files": {k: ctx.sha256_of(p) for k, p in files.items()},
         "epoch": defn.source_date_epoch,
         "compress": defn.output.compress_installer,
     }
