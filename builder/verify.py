@@ -7,7 +7,6 @@ beside them; the manifest's own claims are only what we compare against.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,7 @@ from builder.manifest import load_manifest
 from builder.manifest_diff import short
 from builder.platform import load_platform
 from builder.seal.unseal import volume_tokens
-
-_ENTRY = re.compile(r"^menuentry .*--id actvsm-(?P<mode>[a-z0-9_-]+) \{$")
-_MODULE = re.compile(r"^\s*module2 /boot/(?P<file>\S+)(?: (?P<args>.*))?$")
-_MB2 = re.compile(r"^\s*multiboot2 /boot/(?P<file>\S+)(?: (?P<args>.*))?$")
+from builder.tboot.grub import parse_grub_config
 
 
 @dataclass
@@ -42,29 +38,20 @@ class VerifyReport:
 
 
 def grub_entries(text: str) -> dict[str, dict[str, str]]:
-    """mode -> {"tboot_cmdline", "kernel_cmdline", "initrd"} from a generated grub.cfg."""
-    entries: dict[str, dict[str, str]] = {}
-    mode: str | None = None
-    for line in text.splitlines():
-        m = _ENTRY.match(line)
-        if m:
-            mode = m.group("mode")
-            entries[mode] = {}
-            continue
-        if mode is None:
-            continue
-        if line.strip() == "}":
-            mode = None
-            continue
-        mb = _MB2.match(line)
-        if mb:
-            entries[mode]["tboot_cmdline"] = mb.group("args") or ""
-            continue
-        mod = _MODULE.match(line)
-        if mod:
-            key = "kernel_cmdline" if "kernel_cmdline" not in entries[mode] else "initrd_cmdline"
-            entries[mode][key] = mod.group("args") or ""
-    return entries
+    """mode -> {"tboot_cmdline", "kernel_cmdline", "initrd_cmdline"} from a generated
+    grub.cfg (the measured command lines, as GRUB passes them)."""
+    try:
+        parsed = parse_grub_config(text)
+    except ValueError as exc:
+        raise InputError(f"not a GRUB configuration actvsm wrote: {exc}") from None
+    return {
+        mode: {
+            "tboot_cmdline": e.tboot_cmdline,
+            "kernel_cmdline": e.kernel_cmdline,
+            "initrd_cmdline": e.initrd_cmdline,
+        }
+        for mode, e in parsed.items()
+    }
 
 
 def _check_artifacts(out: Path, manifest: dict[str, Any], report: VerifyReport) -> None:
@@ -144,7 +131,11 @@ def _check_predictions(out: Path, manifest: dict[str, Any], report: VerifyReport
     policy = (out / "launch" / "vl.pol").read_bytes()
     for firmware in ("bios", "uefi"):
         cfg = out / "boot" / "grub" / f"grub-{firmware}.cfg"
-        entries = grub_entries(cfg.read_text())
+        try:
+            entries = grub_entries(cfg.read_text())
+        except InputError as exc:
+            report.problems.append(f"grub-{firmware}.cfg: {exc.message}")
+            return derived
         if set(entries) != set(modes):
             report.problems.append(
                 f"grub-{firmware}.cfg: boot entries {sorted(entries)}, "
