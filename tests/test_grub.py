@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from builder.errors import InputError
 from builder.swtpm import Swtpm, tools_env
@@ -192,3 +195,102 @@ def test_provisioning_script_writes_what_tboot_reads(swtpm: Swtpm, tmp_path: Pat
 def test_provisioning_index_must_be_tboots() -> None:
     with pytest.raises(InputError, match="0x01c10131"):
         grub.render_provision_script(b"x", image="d", index=0x01500000)
+
+
+# --- choosing the mode: the GRUB environment block ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values", [{}, {"actvsm_mode": "admin"}, {"a": "1", "actvsm_mode": "x-y.z"}]
+)
+def test_grubenv_block_is_what_grub_editenv_writes(tmp_path: Path, values: dict[str, str]) -> None:
+    env = tmp_path / "grubenv"
+    subprocess.run(["grub-editenv", env, "create"], check=True, timeout=30)
+    if values:
+        sets = [f"{k}={v}" for k, v in values.items()]
+        subprocess.run(["grub-editenv", env, "set", *sets], check=True, timeout=30)
+    assert grub.grubenv_block(values) == env.read_bytes()
+    assert grub.parse_grubenv(env.read_bytes()) == values
+
+
+@pytest.mark.parametrize(
+    "values", [{"actvsm_mode": "a b"}, {"actvsm_mode": "x\ny"}, {"1bad": "x"}, {"m": "x" * 1000}]
+)
+def test_grubenv_refuses_what_grub_would_escape(values: dict[str, str]) -> None:
+    with pytest.raises(InputError, match="GRUB environment"):
+        grub.grubenv_block(values)
+    with pytest.raises(ValueError, match="not a GRUB environment block"):
+        grub.parse_grubenv(b"actvsm_mode=admin\n")
+
+
+def test_config_reads_the_mode_from_grubenv(tmp_path: Path) -> None:
+    text = grub.render_grub_config(
+        entries(), image="default", firmware="bios", boot_dir="", boot_uuid="abc-1"
+    )
+    assert script_check(text, tmp_path).returncode == 0
+    head = text[: text.index("menuentry")]
+    # after the search (so the path is on the boot partition), only that variable
+    assert head.index("search ") < head.index("load_env --file /grub/grubenv actvsm_mode")
+    for mode in ("normal", "admin", "update"):
+        assert f'if [ "${{actvsm_mode}}" = "{mode}" ]; then\n\tset default=actvsm-{mode}\n' in head
+    assert "set default=actvsm-normal\n" in head  # the build's default stays first
+    slash_boot = grub.render_grub_config(entries(), image="default", firmware="uefi")
+    assert "load_env --file /boot/grub/grubenv actvsm_mode" in slash_boot
+
+
+_WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_.=,-", min_size=1, max_size=12)
+_LINE = st.lists(_WORD, max_size=5).map(" ".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    modes=st.lists(
+        st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True), min_size=1, max_size=4, unique=True
+    ),
+    tboot_cmdline=_LINE,
+    base=_LINE,
+    boot_dir=st.sampled_from(["", "/boot", "/x/y"]),
+    firmware=st.sampled_from(["bios", "uefi"]),
+    sinit=st.lists(st.sampled_from(["acm/a.bin", "B.BIN"]), max_size=2, unique=True),
+)
+def test_parse_gives_back_what_was_rendered(
+    modes: list[str],
+    tboot_cmdline: str,
+    base: str,
+    boot_dir: str,
+    firmware: str,
+    sinit: list[str],
+) -> None:
+    cmdlines = {m: grub.kernel_cmdline(base, root_hash=ROOT_HASH, mode=m) for m in modes}
+    es = grub.mode_entries(
+        cmdlines,
+        image="img",
+        tboot="tboot.gz",
+        tboot_cmdline=tboot_cmdline,
+        kernel="vmlinuz",
+        initrd="initrd.img",
+        sinit=sinit,
+    )
+    text = grub.render_grub_config(es, image="img", firmware=firmware, boot_dir=boot_dir)
+    parsed = grub.parse_grub_config(text)
+    prefix = boot_dir.strip("/") + "/" if boot_dir else ""
+    assert list(parsed) == modes
+    for e in es:
+        p = parsed[e.mode]
+        assert (p.tboot_cmdline, p.kernel_cmdline, p.initrd_cmdline) == (
+            e.tboot_cmdline,
+            e.kernel_cmdline,
+            "",
+        )
+        assert (p.tboot, p.kernel, p.initrd) == tuple(
+            prefix + f for f in (e.tboot, e.kernel, e.initrd)
+        )
+        assert p.sinit == tuple(prefix + s for s in sinit)
+
+
+def test_parse_refuses_a_broken_entry() -> None:
+    text = grub.render_grub_config(entries(("normal",)), image="x", firmware="bios")
+    with pytest.raises(ValueError, match="expected tboot, kernel and initrd"):
+        grub.parse_grub_config(re.sub(r"\tmultiboot2 .*\n", "", text))
+    with pytest.raises(ValueError, match="not closed"):
+        grub.parse_grub_config(text[: text.rindex("}")])

@@ -1,11 +1,11 @@
 """Boot a guest in QEMU with a swtpm TPM and the emulated late launch; watch its console.
 
 `boot()` starts swtpm (control channel on a socketpair, state in a directory), the
-`TpmProxy` between QEMU and swtpm, and QEMU (`-accel tcg`, direct kernel boot, serial
-console on a pipe), streams the console line by line, and stops at the marker line, on
-QEMU's exit or at the host-side timeout. QEMU is killed after a short grace once the
-marker is seen (a guest that fails to power off must not hang the caller), and swtpm
-and the proxy are always cleaned up.
+`TpmProxy` between QEMU and swtpm, and QEMU (`-accel tcg`, direct kernel boot or a disk
+booted through SeaBIOS/OVMF, serial console on a pipe), streams the console line by
+line, and stops at the marker line, on QEMU's exit or at the host-side timeout. QEMU is
+killed after a short grace once the marker is seen (a guest that fails to power off
+must not hang the caller), and swtpm and the proxy are always cleaned up.
 """
 
 from __future__ import annotations
@@ -45,15 +45,18 @@ class Disk:
     path: Path
     format: str = "raw"
     readonly: bool = False
+    serial: str | None = None  # virtio serial: how the initramfs finds the disk
 
 
 @dataclass(frozen=True)
 class BootSpec:
-    """What to boot: a kernel, its initramfs and command line, and the machine around it."""
+    """What to boot, and the machine around it: a kernel, its initramfs and command line
+    (direct kernel boot), or with `kernel` None the first disk through the firmware
+    (SeaBIOS, or OVMF with `uefi`), as a machine boots its disk."""
 
-    kernel: Path
-    initrd: Path
-    append: str
+    kernel: Path | None
+    initrd: Path | None = None
+    append: str = ""
     plan: LaunchPlan | None = None  # None: a plain TPM, no late launch
     disks: Sequence[Disk] = ()
     memory_mb: int = 512
@@ -133,8 +136,13 @@ def overlay_disk(base: Path, overlay: Path, base_format: str = "raw") -> Disk:
 def qemu_argv(qemu: str, spec: BootSpec, work: Path, *, tpm_socket: Path | None) -> list[str]:
     argv = [qemu, "-accel", "tcg", "-m", str(spec.memory_mb), "-smp", "1", "-nodefaults"]
     argv += ["-display", "none", "-serial", "stdio", "-monitor", "none"]
-    argv += ["-kernel", os.fspath(spec.kernel), "-initrd", os.fspath(spec.initrd)]
-    argv += ["-append", spec.append]
+    if spec.kernel is not None:
+        argv += ["-kernel", os.fspath(spec.kernel)]
+        if spec.initrd is not None:
+            argv += ["-initrd", os.fspath(spec.initrd)]
+        argv += ["-append", spec.append]
+    elif spec.initrd is not None or spec.append or not spec.disks:
+        raise ValueError("a firmware boot (no kernel) takes no initrd or append, and a disk")
     if not spec.allow_reboot:
         argv.append("-no-reboot")
     if spec.uefi:
@@ -142,9 +150,14 @@ def qemu_argv(qemu: str, spec: BootSpec, work: Path, *, tpm_socket: Path | None)
         shutil.copyfile(OVMF_VARS, vars_copy)
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"]
         argv += ["-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
-    for disk in spec.disks:
-        opts = f"file={disk.path},if=virtio,format={disk.format}"
-        argv += ["-drive", opts + (",readonly=on" if disk.readonly else "")]
+    for i, disk in enumerate(spec.disks):
+        opts = f"file={disk.path},format={disk.format}"
+        opts += ",readonly=on" if disk.readonly else ""
+        # Every disk is a virtio-blk device; the firmware boots the first (bootindex 0).
+        device = f"virtio-blk-pci,drive=disk{i}"
+        device += f",serial={disk.serial}" if disk.serial is not None else ""
+        device += ",bootindex=0" if spec.kernel is None and i == 0 else ""
+        argv += ["-drive", opts + f",if=none,id=disk{i}", "-device", device]
     if tpm_socket is not None:
         argv += ["-chardev", f"socket,id=chrtpm,path={tpm_socket}"]
         argv += ["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
