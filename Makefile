@@ -6,7 +6,7 @@ ACTVSM := $(VENV)/bin/actvsm
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: all deps system image test lint bench repro-check clean
+.PHONY: all deps system image boot test lint bench repro-check clean
 
 all: image
 
@@ -23,6 +23,11 @@ deps: system $(VENV)/.installed
 
 image: deps
 	$(ACTVSM) build images/default.yaml -o $(OUT)
+
+# Boot the default image in QEMU + swtpm (a fresh TPM and disks each time; add
+# `--state DIR` to `actvsm boot` to keep the data volume across boots).
+boot: deps
+	$(ACTVSM) boot $(OUT)/default
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
