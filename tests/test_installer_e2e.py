@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from typing import Any
 import pytest
 
 from builder.banks import Bank
-from builder.boot import BootReport
 from builder.errors import InputError
 from builder.rig.console import parse_pcrs
 from builder.rig.installer_boot import (
@@ -62,8 +62,8 @@ def expected_pcrs(out: Path, mode: str) -> dict[Bank, dict[int, bytes]]:
     return want
 
 
-def lines_with(rep: BootReport, prefix: str) -> list[str]:
-    return [ln.split(prefix, 1)[1].strip() for ln in rep.console.splitlines() if prefix in ln]
+def lines_with(console: str, prefix: str) -> list[str]:
+    return [ln.split(prefix, 1)[1].strip() for ln in console.splitlines() if prefix in ln]
 
 
 def test_the_mode_is_chosen_in_grubenv_of_an_overlay(small: Path, tmp_path: Path) -> None:
@@ -111,19 +111,28 @@ def test_installer_boots_through_the_firmware(
     small: Path, tmp_path: Path, firmware: str, mode: str
 ) -> None:
     before = digests(small)
-    rep = boot_installer(small, mode, firmware, tmp_path / "state", TIMEOUT)
-    console = rep.console
-    assert rep.ok, console[-4000:]
-    assert rep.proxy_errors == [] and rep.launches == 1
+    if (firmware, mode) == ("uefi", "admin"):  # this one through the CLI
+        argv = ["boot", "--json", "--installer", str(small), "--mode", mode]
+        argv += ["--firmware", firmware, "--timeout", str(TIMEOUT)]
+        proc = actvsm(*argv, timeout=TIMEOUT + 60)
+        result = json.loads(proc.stdout)
+        console = proc.stderr
+        assert proc.returncode == 0 and result["ok"], console[-4000:]
+        assert result["proxy_errors"] == [] and result["launches"] == 1
+    else:
+        rep = boot_installer(small, mode, firmware, tmp_path / "state", TIMEOUT)
+        console = rep.console
+        assert rep.ok, console[-4000:]
+        assert rep.proxy_errors == [] and rep.launches == 1
     # GRUB ran the chosen entry (the build's default is normal: admin proves grubenv).
     assert f"actvsm: measured launch, mode {mode}" in console
     assert "TBOOT: transfering control to kernel" in console
     efi = "TBOOT: EFI memmap:" in console
     assert efi == (firmware == "uefi")
-    assert lines_with(rep, "ACTVSM-MODE") == [mode]
+    assert lines_with(console, "ACTVSM-MODE") == [mode]
     [pcrs] = parse_pcrs(console)
     assert pcrs == expected_pcrs(small, mode)
-    [mapped] = lines_with(rep, "ACTVSM-MAPPED")
+    [mapped] = lines_with(console, "ACTVSM-MAPPED")
     if mode == "normal":
         assert set(mapped.split()) == {"actvsm-base", "actvsm-data"}
         assert "actvsm: volume data opened" in console
@@ -170,3 +179,12 @@ def test_firmware_boot_argv(tmp_path: Path) -> None:
         qemu_argv("qemu", BootSpec(None, tmp_path / "i", disks=[disk]), tmp_path, tpm_socket=None)
     with pytest.raises(ValueError, match="and a disk"):
         qemu_argv("qemu", BootSpec(None), tmp_path, tpm_socket=None)
+
+
+def test_cli_without_an_installer_image_is_bad_input(small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "small"
+    shutil.copytree(small, out)
+    for image in out.glob("installer.img*"):
+        image.unlink()
+    proc = actvsm("boot", "--installer", str(out))
+    assert proc.returncode == 2 and "has no installer.img" in proc.stderr

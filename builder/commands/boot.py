@@ -10,6 +10,7 @@ from typing import Any
 from builder.boot import DEFAULT_TIMEOUT, BootRequest, boot_output
 from builder.commands import common
 from builder.errors import InputError
+from builder.rig.installer_boot import boot_installer
 from builder.ui import emit
 
 
@@ -33,7 +34,18 @@ def register(sub: Any) -> None:
         default=None,
         help="keep TPM state and disk overlays here across boots (default: a fresh one)",
     )
-    p.add_argument("--firmware", choices=("bios", "uefi"), default="bios")
+    p.add_argument(
+        "--firmware",
+        choices=("bios", "uefi"),
+        default="bios",
+        help="SeaBIOS or OVMF (default: bios)",
+    )
+    p.add_argument(
+        "--installer",
+        action="store_true",
+        help="boot OUT/installer.img through the firmware, GRUB and tboot (GRUB picks "
+        "--mode from its grubenv) instead of loading the kernel directly",
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -51,14 +63,19 @@ def run(args: argparse.Namespace) -> int:
     def show(line: str) -> None:
         print(line, file=stream, flush=True)
 
-    req = BootRequest(
-        out=args.output,
-        mode=args.mode,
-        state=args.state,
-        firmware=args.firmware,
-        timeout=args.timeout,
-    )
-    rep = boot_output(req, on_line=show)
+    if args.installer:
+        rep = boot_installer(
+            args.output, args.mode, args.firmware, args.state, args.timeout, on_line=show
+        )
+    else:
+        req = BootRequest(
+            out=args.output,
+            mode=args.mode,
+            state=args.state,
+            firmware=args.firmware,
+            timeout=args.timeout,
+        )
+        rep = boot_output(req, on_line=show)
     text = f"boot {rep.mode}: {rep.outcome}: {rep.message}"
     if rep.seconds_to_marker is not None:
         text += f" ({rep.seconds_to_marker:.1f} s to the marker"
