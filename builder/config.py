@@ -428,6 +428,13 @@ def _definition_check(ctx: Ctx, node: yaml.MappingNode, out: dict[str, Any]) -> 
         )
 
 
+def optional_section(key: str, section: Section, help: str) -> Field:
+    """A section that may be left out: then every field in it takes its default."""
+    return Field(
+        key, section, help, default=lambda: section(Ctx(Path("-")), _EMPTY), type_doc="mapping"
+    )
+
+
 DEFINITION = Section(
     "definition",
     [
@@ -440,20 +447,8 @@ DEFINITION = Section(
         ),
         Field("description", string(max_len=500), "free text", default="", type_doc="string"),
         Field("base", BASE, "the read-only base system", required=True, type_doc="mapping"),
-        Field(
-            "kernel",
-            KERNEL,
-            "kernel settings",
-            default=lambda: KERNEL(Ctx(Path("-")), _EMPTY),
-            type_doc="mapping",
-        ),
-        Field(
-            "tboot",
-            TBOOT,
-            "tboot settings",
-            default=lambda: TBOOT(Ctx(Path("-")), _EMPTY),
-            type_doc="mapping",
-        ),
+        optional_section("kernel", KERNEL, "kernel settings"),
+        optional_section("tboot", TBOOT, "tboot settings"),
         Field(
             "modes",
             _modes,
@@ -479,20 +474,8 @@ DEFINITION = Section(
         Field(
             "volumes", _volumes, "sealed LUKS2 volumes", default=list, type_doc="list of mappings"
         ),
-        Field(
-            "sealing",
-            SEALING,
-            "policy settings shared by all volumes",
-            default=lambda: SEALING(Ctx(Path("-")), _EMPTY),
-            type_doc="mapping",
-        ),
-        Field(
-            "output",
-            OUTPUT,
-            "which artifacts to write",
-            default=lambda: OUTPUT(Ctx(Path("-")), _EMPTY),
-            type_doc="mapping",
-        ),
+        optional_section("sealing", SEALING, "policy settings shared by all volumes"),
+        optional_section("output", OUTPUT, "which artifacts to write"),
         Field(
             "source_date_epoch",
             integer(0, 2**32 - 1),
