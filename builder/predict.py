@@ -19,7 +19,6 @@ from builder.tboot import vlp
 from builder.tboot.launch import check_extpol, launch_plan
 from builder.tboot.mlehash import load_mle
 from builder.tboot.modules import BootModule, ModuleKind, check_cmdline
-from builder.tpmpolicy import policy_or, policy_pcr
 
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
@@ -145,16 +144,6 @@ def pcr_values(
         for pcr in pcrs:
             values[bank].setdefault(pcr, initial_value(pcr, bank, late_launch=True))
     return values
-
-
-def volume_policy(
-    values_by_mode: Mapping[str, Mapping[int, bytes]], bank: Bank
-) -> tuple[dict[str, bytes], bytes]:
-    """PolicyPCR per allowed mode and the policy a volume is sealed to (OR of 2+ modes)."""
-    branches = {mode: policy_pcr(dict(values), bank) for mode, values in values_by_mode.items()}
-    if len(branches) == 1:
-        return branches, next(iter(branches.values()))
-    return branches, policy_or(list(branches.values()))
 
 
 def pcrs_json(values: Mapping[Bank, Mapping[int, bytes]]) -> dict[str, dict[str, str]]:

@@ -20,6 +20,7 @@ from builder.fsimage import verity_verify
 from builder.manifest import load_manifest
 from builder.manifest_diff import short
 from builder.platform import load_platform
+from builder.seal import PolicySpec, build_policy
 from builder.seal.unseal import volume_tokens
 from builder.tboot.grub import parse_grub_config
 
@@ -217,7 +218,7 @@ def _check_volumes(
         except KeyError as exc:
             report.problems.append(f"volume {name}: no re-derived value for {exc}")
             continue
-        branches, policy = predict.volume_policy(values, bank)
+        policy = build_policy(values, vol["modes"], PolicySpec(tuple(vol["pcrs"]), bank)).digest
         if policy.hex() != vol.get("policy"):
             report.problems.append(
                 f"volume {name}: policy re-derived as {short(policy.hex())}, "

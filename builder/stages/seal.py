@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import predict, tree
+from builder import tree
 from builder.banks import Bank
 from builder.config import Volume
 from builder.context import BuildContext
 from builder.digest import file_digests
-from builder.errors import BuildError, InputError
+from builder.errors import InputError
 from builder.seal import (
     FsType,
     LocalTpm,
@@ -21,6 +21,7 @@ from builder.seal import (
     PolicySpec,
     Sealer,
     VolumeSpec,
+    build_policy,
     make_volume,
 )
 from builder.swtpm import Swtpm
@@ -147,16 +148,14 @@ def _make_volumes(
             )
             predicted = {m: predicted_all[m] for m in vol.modes}
             art = make_volume(spec, predicted, sealer, where, policy=policy)
-            branches, combined = predict.volume_policy(predicted, defn.sealing.bank)
-            if combined != art.policy_hash:
-                raise BuildError(f"volume {vol.name}: sealed policy differs from the predicted one")
+            branches = build_policy(predicted, vol.modes, policy).branches
             meta[vol.name] = {
                 "artifact": f"volumes/{vol.name}.luks",
                 "modes": list(vol.modes),
                 "pcrs": sorted(defn.sealing.pcrs),
                 "bank": defn.sealing.bank.value,
-                "policy": combined.hex(),
-                "policy_branches": {m: d.hex() for m, d in branches.items()},
+                "policy": art.policy_hash.hex(),
+                "policy_branches": {b.mode: b.digest.hex() for b in branches},
                 "filesystem": vol.filesystem,
                 "mount": vol.mount,
                 "sealed_to": [
